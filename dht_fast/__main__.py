@@ -1,0 +1,5 @@
+import sys
+
+from dht_fast.cli import main
+
+sys.exit(main())

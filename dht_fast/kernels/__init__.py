@@ -1,0 +1,1 @@
+"""Triton kernels (and, under ``csrc/``, C++/CUDA sources) behind the ops in ``dht_fast.ops``."""
