@@ -5,11 +5,14 @@ from dht_fast.ops.linear_objective import (
     linear_teaching_objective,
     logistic_as_softmax,
 )
+from dht_fast.ops.model_objective import directional_inner, teaching_objective
 
 __all__ = [
     "BackendUnavailable",
     "TeachingObjective",
+    "directional_inner",
     "linear_teaching_objective",
     "logistic_as_softmax",
+    "teaching_objective",
 ]
 __version__ = "0.1.0"
