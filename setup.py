@@ -60,7 +60,7 @@ def _compiler_accepts(flag):
 
 
 def _cpp_extension(cpp_ext):
-    flags = ["-O3", "-g0", "-std=c++17"]
+    flags = ["-O3", "-g0", "-std=c++20"]
     link = []
     if _compiler_accepts("-fopenmp"):
         flags.append("-fopenmp")
@@ -76,11 +76,13 @@ def _cpp_extension(cpp_ext):
 def _cuda_extension(cpp_ext):
     sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    if not sources:
+        return None
     return cpp_ext.CUDAExtension(
         "dht_fast._C_cuda",
         sources,
-        extra_compile_args={"cxx": ["-O3", "-g0", "-std=c++17"],
-                            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+        extra_compile_args={"cxx": ["-O3", "-g0", "-std=c++20"],
+                            "nvcc": ["-O3", "-std=c++20", "-lineinfo"]},
     )
 
 
@@ -108,8 +110,11 @@ def _extensions():
             reason = "torch is a CPU-only build"
         elif cpp_extension.CUDA_HOME is None:
             reason = "no CUDA toolkit found (set CUDA_HOME)"
-        if reason is None:
-            exts.append(_cuda_extension(cpp_extension))
+        ext = _cuda_extension(cpp_extension) if reason is None else None
+        if reason is None and ext is None:
+            reason = "csrc/cuda holds no sources"
+        if ext is not None:
+            exts.append(ext)
         elif want_cuda == "1":
             raise SystemExit(f"DHT_FAST_BUILD_CUDA=1 but {reason}")
         else:

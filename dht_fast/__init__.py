@@ -6,13 +6,17 @@ from dht_fast.ops.linear_objective import (
     logistic_as_softmax,
 )
 from dht_fast.ops.model_objective import directional_inner, teaching_objective
+from dht_fast.ops.performative import head_lookahead, performative_solve, sphere_project
 
 __all__ = [
     "BackendUnavailable",
     "TeachingObjective",
     "directional_inner",
+    "head_lookahead",
     "linear_teaching_objective",
     "logistic_as_softmax",
+    "performative_solve",
+    "sphere_project",
     "teaching_objective",
 ]
 __version__ = "0.1.0"

@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from dht_fast.kernels import triton_linear
 from dht_fast.ops import validation as V
 from dht_fast.ops.backends import Backend, Dispatcher, load_extension
 from dht_fast.references.linear import (
@@ -39,13 +40,17 @@ class TeachingObjective(NamedTuple):
 
 
 # ---- backends -------------------------------------------------------------------------------
+# Extensions load once at import: dispatch then reads plain values, which torch.compile traces.
+_CPP_MISSING = load_extension("dht_fast._C")[1]
+_CUDA_MISSING = load_extension("dht_fast._C_cuda")[1]
+
 
 def _cpp_why_not(x, weight, **_):
     if x.device.type != "cpu":
         return f"it runs on CPU tensors, got {x.device.type}"
     if x.dtype not in (torch.float32, torch.float64):
         return f"it takes float32 or float64, got {x.dtype}"
-    return load_extension("dht_fast._C")[1]
+    return _CPP_MISSING
 
 
 def _cuda_why_not(x, weight, **_):
@@ -53,13 +58,11 @@ def _cuda_why_not(x, weight, **_):
         return f"it runs on CUDA tensors, got {x.device.type}"
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return f"it takes float32, float16 or bfloat16, got {x.dtype}"
-    return load_extension("dht_fast._C_cuda")[1]
+    return _CUDA_MISSING
 
 
 def _triton_why_not(x, weight, **_):
-    from dht_fast.kernels.triton_linear import triton_unsupported_reason
-
-    return triton_unsupported_reason(x, weight)
+    return triton_linear.triton_unsupported_reason(x, weight)
 
 
 def _always(**_):
@@ -78,9 +81,8 @@ def _run_backend(backend, x, y, weight, bias, vdiff, vbias, lr, want_gx, want_gy
     if backend == "torch":
         return linear_objective_closed_form(x, y, weight, bias, vdiff, vbias, lr, want_gx, want_gy)
     if backend == "triton":
-        from dht_fast.kernels.triton_linear import linear_objective_triton
-
-        return linear_objective_triton(x, y, weight, bias, vdiff, vbias, lr, want_gx, want_gy)
+        return triton_linear.linear_objective_triton(x, y, weight, bias, vdiff, vbias, lr,
+                                                     want_gx, want_gy)
     lib = torch.ops.dht_fast_C if backend == "cpp" else torch.ops.dht_fast_cuda
     out = lib.linear_objective_fwd(x, y, weight, bias, vdiff, vbias, lr, want_gx, want_gy)
     return tuple(out[:3]) + (out[3] if want_gx else None, out[4] if want_gy else None)
