@@ -41,8 +41,15 @@ class TeachingObjective(NamedTuple):
 
 # ---- backends -------------------------------------------------------------------------------
 # Extensions load once at import: dispatch then reads plain values, which torch.compile traces.
-_CPP_MISSING = load_extension("dht_fast._C")[1]
-_CUDA_MISSING = load_extension("dht_fast._C_cuda")[1]
+def _extension_reason(module: str, namespace: str) -> Optional[str]:
+    reason = load_extension(module)[1]
+    if reason is None and not hasattr(getattr(torch.ops, namespace), "linear_objective_fwd"):
+        reason = f"{module} was built without the linear objective kernel; rebuild it"
+    return reason
+
+
+_CPP_MISSING = _extension_reason("dht_fast._C", "dht_fast_C")
+_CUDA_MISSING = _extension_reason("dht_fast._C_cuda", "dht_fast_cuda")
 
 
 def _cpp_why_not(x, weight, **_):
