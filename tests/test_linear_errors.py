@@ -12,9 +12,8 @@ from tests.test_linear_objective import make_problem
 def call(**over):
     p = make_problem(4, 6, 3, soft=False, bias=True, dtype=torch.float32)
     p.update(over)
-    lr = p.pop("lr", 0.1)
-    backend = p.pop("backend", "auto")
-    return dht_fast.linear_teaching_objective(**p, lr=lr, backend=backend)
+    p.setdefault("lr", 0.1)
+    return dht_fast.linear_teaching_objective(**p)
 
 
 @pytest.mark.parametrize("over, exc, match", [
@@ -73,3 +72,10 @@ def test_value_checks_can_be_disabled(monkeypatch):
     monkeypatch.setenv("DHT_FAST_CHECK_VALUES", "0")
     out = call(x=torch.full((4, 6), math.nan), backend="torch")
     assert torch.isnan(out.objective).all()
+
+
+def test_value_checks_keyword():
+    out = call(x=torch.full((4, 6), math.nan), backend="torch", check_values=False)
+    assert torch.isnan(out.objective).all()
+    with pytest.raises(ValueError, match="y holds class indices"):
+        call(y=torch.tensor([0, 1, 3, 0]), check_values=True)

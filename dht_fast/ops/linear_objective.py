@@ -142,7 +142,7 @@ torch.library.register_autograd(
 
 # ---- public entry point ---------------------------------------------------------------------
 
-def _validate(x, y, weight, bias, weight_star, bias_star, lr):
+def _validate(x, y, weight, bias, weight_star, bias_star, lr, check_values):
     V.check_tensor("x", x, ndim=2, dtypes=V.FLOATS)
     V.check_tensor("weight", weight, ndim=2, dtypes=V.FLOATS)
     b, d = x.shape
@@ -169,14 +169,15 @@ def _validate(x, y, weight, bias, weight_star, bias_star, lr):
     V.check_same(floats)
     V.check_same([("x", x), ("y", y)], what=("device",))
     lr = V.check_lr(lr)
-    soft = [("y", y)] if y.is_floating_point() else []
-    V.check_values(floats + soft, labels=None if soft else y, num_classes=c)
+    if check_values:
+        soft = [("y", y)] if y.is_floating_point() else []
+        V.check_values(floats + soft, labels=None if soft else y, num_classes=c)
     return lr
 
 
 def linear_teaching_objective(
     x, y, weight, bias, weight_star, bias_star, lr, *, grad_x=True, grad_y=False,
-    backend="auto",
+    backend="auto", check_values=True,
 ) -> TeachingObjective:
     """Per-sample teaching objective of a softmax-regression learner with cross-entropy loss.
 
@@ -193,12 +194,15 @@ def linear_teaching_objective(
         lr: the learner's SGD step, finite and > 0.
         grad_x, grad_y: also return ``d obj / d x`` ``(B, D)`` / ``d obj / d y`` ``(B, C)``.
         backend: ``"auto"``, ``"func"``, ``"torch"``, ``"cpp"``, ``"triton"`` or ``"cuda"``.
+        check_values: check for NaN/Inf and labels out of range (one host sync). Shapes,
+            dtypes and devices are always checked; turn this off in inner loops whose inputs
+            were checked once.
 
     A binary logistic learner ``sigmoid(w . x + b)`` with step ``lr`` is the softmax learner
     with ``weight = [-w/2; w/2]``, ``bias = [-b/2; b/2]`` and step ``lr / 2``, whose objective is
     half the logistic one; :func:`dht_fast.logistic_as_softmax` does the conversion.
     """
-    lr = _validate(x, y, weight, bias, weight_star, bias_star, lr)
+    lr = _validate(x, y, weight, bias, weight_star, bias_star, lr, check_values)
     name = DISPATCH.resolve(backend, x.device.type, x=x, weight=weight)
     if name == "func":
         out = linear_objective_func(x, y, weight, bias, weight_star, bias_star, lr, grad_x, grad_y)
