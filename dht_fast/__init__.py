@@ -5,7 +5,11 @@ from dht_fast.ops.linear_objective import (
     linear_teaching_objective,
     logistic_as_softmax,
 )
-from dht_fast.ops.model_objective import directional_inner, teaching_objective
+from dht_fast.ops.model_objective import (
+    directional_inner,
+    per_sample_grad_norm_sq,
+    teaching_objective,
+)
 from dht_fast.ops.performative import head_lookahead, performative_solve, sphere_project
 
 __all__ = [
@@ -15,6 +19,7 @@ __all__ = [
     "head_lookahead",
     "linear_teaching_objective",
     "logistic_as_softmax",
+    "per_sample_grad_norm_sq",
     "performative_solve",
     "sphere_project",
     "teaching_objective",

@@ -113,3 +113,23 @@ def test_bad_params_star():
         dht_fast.teaching_objective(model, x, y, star, 0.1)
     with pytest.raises(ValueError, match="lr must be finite"):
         dht_fast.teaching_objective(model, x, y, perturbed(model), -0.1)
+
+
+@pytest.mark.parametrize("b", [0, 1, 9])
+def test_per_sample_grad_norm_sq(b):
+    model = mlp(nn.ReLU)
+    model[3].weight.requires_grad_(False)
+    x = torch.randn(b, 12, dtype=torch.float64)
+    y = torch.randint(0, 5, (b,))
+    ref = dht_fast.teaching_objective(model, x, y, perturbed(model), 0.1, backend="func",
+                                      grad_x=False).grad_norm_sq
+    out = dht_fast.per_sample_grad_norm_sq(model, x, y)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_per_sample_grad_norm_sq_other_models_use_func():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(4, 3)).double()
+    x = torch.randn(3, 1, 4, 3, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1])
+    ref = dht_fast.teaching_objective(model, x, y, perturbed(model), 0.1, grad_x=False)
+    torch.testing.assert_close(dht_fast.per_sample_grad_norm_sq(model, x, y), ref.grad_norm_sq)

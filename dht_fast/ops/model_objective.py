@@ -72,32 +72,48 @@ DISPATCH = Dispatcher(
 )
 
 
+def _row_sq(t: torch.Tensor) -> torch.Tensor:
+    """``||t_i||^2`` per row, ``(B,)``. The norm kernel reduces without a ``(B, n)`` temporary;
+    inside a graph the plain product keeps a zero row's derivative at 0 rather than NaN."""
+    if t.requires_grad:
+        return (t * t).sum(1)
+    return torch.linalg.vector_norm(t, dim=1).square()
+
+
+def _ghost_pass(layers, x, y, loss_fn, create_graph):
+    """One forward and one backward of the summed loss.
+
+    Returns ``[(linear, a_l (B, in), d_l (B, out))]`` for every Linear layer: its input and the
+    gradient of the loss w.r.t. its output (per sample, as samples are independent).
+    """
+    acts, pres = [], []
+    h = x
+    for m in layers:
+        if isinstance(m, nn.Linear):
+            acts.append(h)
+            # Detached weights: only activations need gradients here.
+            bias = None if m.bias is None else m.bias.detach()
+            h = F.linear(h, m.weight.detach(), bias)
+            if not h.requires_grad:
+                h.requires_grad_(True)
+            pres.append(h)
+        else:
+            h = m(h)
+    deltas = torch.autograd.grad(loss_fn(h, y).sum(), pres, create_graph=create_graph)
+    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    return list(zip(linears, acts, deltas))
+
+
 def _ghost(layers, x, y, star, lr, loss_fn, want_grad_x):
     x = x.detach().requires_grad_(want_grad_x)
-    linears = [m for m in layers if isinstance(m, nn.Linear)]
-    acts, pres = [], []
     with torch.enable_grad():
-        h = x
-        for m in layers:
-            if isinstance(m, nn.Linear):
-                acts.append(h)
-                # Detached weights: only activations need gradients here.
-                bias = None if m.bias is None else m.bias.detach()
-                h = F.linear(h, m.weight.detach(), bias)
-                if not h.requires_grad:
-                    h.requires_grad_(True)
-                pres.append(h)
-            else:
-                h = m(h)
-        losses = loss_fn(h, y)
-        deltas = torch.autograd.grad(losses.sum(), pres, create_graph=want_grad_x)
         sq = inner = 0.0
-        for m, a, d in zip(linears, acts, deltas):
+        for m, a, d in _ghost_pass(layers, x, y, loss_fn, want_grad_x):
             # Frozen parameters (absent from ``star``) contribute nothing.
             vw, vb = star[m]
-            dsq = (d * d).sum(1)
+            dsq = _row_sq(d)
             if vw is not None:
-                sq = sq + (a * a).sum(1) * dsq
+                sq = sq + _row_sq(a) * dsq
                 inner = inner + (d * (a @ vw.T)).sum(1)
             if vb is not None:
                 sq = sq + dsq
@@ -188,3 +204,29 @@ def directional_inner(model, x, y, params_star, *, loss_fn=None) -> torch.Tensor
         return loss_fn(functional_call(model, (p, buffers), (x,)), y)
 
     return jvp(losses, (params,), (diffs,))[1]
+
+
+def per_sample_grad_norm_sq(model, x, y, *, loss_fn=None, backend="auto") -> torch.Tensor:
+    """``||g_i||^2`` ``(B,)`` over the trainable parameters of ``model``, for every sample.
+
+    The ``ghost`` backend (MLPs) needs one forward and one backward of activation gradients
+    only: no parameter gradient and no ``B x P`` per-sample gradient is formed. Other models
+    use torch.func. Arguments as :func:`teaching_objective`.
+    """
+    V.check_tensor("x", x, dtypes=V.FLOATS)
+    name = DISPATCH.resolve(backend, x.device.type, model=model, loss_fn=loss_fn)
+    if name != "ghost" or x.shape[0] == 0:
+        star = {k: p.detach() for k, p in model.named_parameters()}
+        return teaching_objective(model, x, y, star, 1.0, loss_fn=loss_fn, grad_x=False,
+                                  backend="func" if name == "ghost" else name).grad_norm_sq
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    sq = 0.0
+    with torch.enable_grad():
+        for m, a, d in _ghost_pass(_mlp_layers(model), x.detach(), y, loss_fn or default_loss,
+                                   False):
+            dsq = _row_sq(d)
+            if id(m.weight) in trainable:
+                sq = sq + _row_sq(a) * dsq
+            if m.bias is not None and id(m.bias) in trainable:
+                sq = sq + dsq
+    return sq
