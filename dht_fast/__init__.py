@@ -11,9 +11,11 @@ from dht_fast.ops.model_objective import (
     teaching_objective,
 )
 from dht_fast.ops.performative import head_lookahead, performative_solve, sphere_project
+from dht_fast.teachers.performative import PerformativeTeacher, random_cap_point
 
 __all__ = [
     "BackendUnavailable",
+    "PerformativeTeacher",
     "TeachingObjective",
     "directional_inner",
     "head_lookahead",
@@ -21,6 +23,7 @@ __all__ = [
     "logistic_as_softmax",
     "per_sample_grad_norm_sq",
     "performative_solve",
+    "random_cap_point",
     "sphere_project",
     "teaching_objective",
 ]
