@@ -21,7 +21,9 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2, no traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (all of them when None), so one
+    subcommand's heavy or broken imports never affect another."""
     parser = argparse.ArgumentParser(
         prog="dht-fast", description="Iterative machine teaching by data hallucination."
     )
@@ -29,14 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, helptext) in SUBCOMMANDS.items():
         sub = subs.add_parser(name, help=helptext, description=helptext)
-        mod = importlib.import_module(module)
-        mod.add_arguments(sub)
-        sub.set_defaults(_run=mod.run)
+        if command is None or command == name:
+            mod = importlib.import_module(module)
+            mod.add_arguments(sub)
+            sub.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if a in SUBCOMMANDS), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
