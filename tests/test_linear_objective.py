@@ -40,7 +40,8 @@ def assert_close(out, ref, rtol, atol):
             assert o is None, name
             continue
         assert o.shape == r.shape, f"{name}: {tuple(o.shape)} vs {tuple(r.shape)}"
-        torch.testing.assert_close(o.double(), r, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(o.double(), r, rtol=rtol, atol=atol,
+                                   msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

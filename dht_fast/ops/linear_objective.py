@@ -29,7 +29,8 @@ class TeachingObjective(NamedTuple):
 
     grad_norm_sq: ``(B,)`` ``||g_i||^2``; inner: ``(B,)`` ``<w - w*, g_i>``;
     objective: ``(B,)`` ``lr^2 ||g_i||^2 - 2 lr <w - w*, g_i>`` (lower teaches better);
-    grad_x: ``(B, D)`` d objective / d x_i, or None; grad_y: ``(B, C)`` d objective / d y_i, or None.
+    grad_x: ``(B, D)`` d objective / d x_i, or None;
+    grad_y: ``(B, C)`` d objective / d y_i, or None.
     """
 
     grad_norm_sq: torch.Tensor
