@@ -12,15 +12,6 @@ from dht_fast.ops.performative import head_lookahead
 from dht_fast.teachers.performative import PerformativeTeacher, random_cap_point
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny ops on a shared machine: thread hand-offs cost more than the work.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Tiny(nn.Module):
     def __init__(self, d_in=12, d=8, c=5):
         super().__init__()

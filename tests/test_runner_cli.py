@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from dht_fast.cli import main
 from dht_fast.experiments import runner
@@ -20,15 +19,6 @@ from dht_fast.experiments.runner import (
 )
 
 TINY = ["--seeds", "1", "--iterations", "3", "--greedy-steps", "3", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CLI sets torch's thread count for the process; give it back after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tiny_config(**kw):

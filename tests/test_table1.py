@@ -19,14 +19,6 @@ TINY = ["--dataset", "generated", "--generated-size", "96", "64", "--batch-size"
         "--epochs", "2", "--seeds", "1", "--no-progress", "--backend", "torch"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _args(*argv):
     parser = argparse.ArgumentParser()
     table1.add_arguments(parser)

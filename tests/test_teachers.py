@@ -11,15 +11,6 @@ from dht_fast.learners.linear import LinearLearner, Target, distance, train_targ
 from dht_fast.teachers.omniscient import GreedyTeacher, IMTTeacher, project_simplex
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second thread only adds hand-offs, costly on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _setup(c=3, d=5, n=64, bias=True, dtype=torch.float64):
     gen = torch.Generator().manual_seed(1)
     learner = LinearLearner.init(c, d, lr=0.05, bias=bias, generator=gen, dtype=dtype)

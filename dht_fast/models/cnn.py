@@ -9,8 +9,9 @@ lr 0.1 diverges within 10 steps (measured on CIFAR-10: loss 2.3 -> 1e8 in 15 ste
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
+
+from dht_fast.models.base import ExtractorHead
 
 STAGE_CHANNELS = (64, 128, 256)
 DEPTHS = (3, 6, 9, 15)
@@ -25,7 +26,7 @@ def _block_4x4(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 4, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-class CNN(nn.Module):
+class CNN(ExtractorHead):
     """CNN-``depth``. Input ``(B, C_in, 32, 32)``; ``features(x)``: ``(B, feature_dim)``;
     ``forward(x)``: logits ``(B, num_classes)``."""
 
@@ -49,13 +50,3 @@ class CNN(nn.Module):
         layers += [*_block_4x4(c_in, feature_dim), nn.Flatten()]
         self.extractor = nn.Sequential(*layers)
         self.head = nn.Linear(feature_dim, num_classes)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.head.in_features
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.extractor(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))

@@ -1,11 +1,12 @@
 """The MNIST learner of the performative-teaching experiment: ``784 -> 128`` features + head."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from dht_fast.models.base import ExtractorHead
 
-class MLP(nn.Module):
+
+class MLP(ExtractorHead):
     """``features``: flatten, ``Linear(in_features, hidden)``, ReLU; ``head``:
     ``Linear(hidden, C)``.
 
@@ -17,13 +18,3 @@ class MLP(nn.Module):
         super().__init__()
         self.extractor = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU())
         self.head = nn.Linear(hidden, num_classes)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.head.in_features
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.extractor(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
