@@ -213,6 +213,6 @@ def _gather_batch(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch
     world = dist.get_world_size()
     f_all = f.new_empty(world * f.shape[0], f.shape[1])
     y_all = y.new_empty(world * y.shape[0])
-    dist.all_gather_single(f_all, f.contiguous())
-    dist.all_gather_single(y_all, y.contiguous())
+    dist.all_gather_into_tensor(f_all, f.contiguous())
+    dist.all_gather_into_tensor(y_all, y.contiguous())
     return f_all, y_all
