@@ -28,7 +28,7 @@ def _tiny_config(**kw):
 def test_a_run_writes_its_files(tmp_path):
     folder, summary = run_experiment(_tiny_config(), tmp_path, name="t", progress=False)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "curves.csv", "moons.png", "summary.csv"]
+        "config.json", "curves.csv", "moons.png", "parts", "summary.csv"]
     with open(folder / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == SUMMARY_COLUMNS
@@ -47,15 +47,17 @@ def test_two_runs_never_share_a_folder(tmp_path):
     assert a != b and (a / "summary.csv").exists() and (b / "summary.csv").exists()
 
 
-def test_a_run_killed_midway_leaves_no_results(tmp_path, monkeypatch):
-    real = runner.make_teacher
+def _kill_on_call(monkeypatch, at_call):
+    """Make the teachers raise KeyboardInterrupt at their ``at_call``-th batch, counted over
+    the whole run, as a kill would."""
+    real, calls = runner.make_teacher, []
 
     def failing(*args):
-        teacher, calls = real(*args), []
+        teacher = real(*args)
 
         def next_batch(learner):
             calls.append(1)
-            if len(calls) == 3:
+            if len(calls) == at_call:
                 raise KeyboardInterrupt
             return type(teacher).next_batch(teacher, learner)
 
@@ -63,10 +65,34 @@ def test_a_run_killed_midway_leaves_no_results(tmp_path, monkeypatch):
         return teacher
 
     monkeypatch.setattr(runner, "make_teacher", failing)
+
+
+def test_a_run_killed_midway_leaves_no_results(tmp_path, monkeypatch):
+    _kill_on_call(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(_tiny_config(), tmp_path, name="killed", progress=False)
     (folder,) = tmp_path.iterdir()
-    assert [p.name for p in folder.iterdir()] == ["config.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "parts"]
+    assert list((folder / "parts").iterdir()) == []
+
+
+def test_a_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    cfg = _tiny_config(teachers=["sgd", "greedy"])
+    _, whole = run_experiment(cfg, tmp_path / "whole", name="w", progress=False)
+    # 2 seeds x 4 iterations of sgd finish; greedy is killed on its second batch.
+    _kill_on_call(monkeypatch, 2 * 4 + 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "killed", name="k", progress=False)
+    monkeypatch.undo()
+    (folder,) = (tmp_path / "killed").iterdir()
+    assert [p.name for p in (folder / "parts").iterdir()] == ["moons__sgd.pt"]
+    other = _tiny_config(teachers=["imt"], iterations=9)  # ignored: the stored config wins
+    again, resumed = run_experiment(other, tmp_path / "unused", progress=False, resume=folder)
+    assert again == folder and not (tmp_path / "unused").exists()
+    for a, b in zip(resumed, whole, strict=True):
+        assert {**a, "wall_seconds": 0} == {**b, "wall_seconds": 0}
+    with pytest.raises(runner.ConfigError, match="finished run"):
+        run_experiment(cfg, tmp_path, resume=folder)
 
 
 def test_atomic_write_keeps_nothing_on_failure(tmp_path):

@@ -39,6 +39,9 @@ def add_teaching_arguments(parser: argparse.ArgumentParser, *, seeds: int, out: 
                    help="torch CPU threads (default 1: the tensors are small, and on a busy "
                         "machine thread hand-offs cost more than they save)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue a killed run in its folder DIR, with the config it stored "
+                        "(the other options are then ignored)")
     g = parser.add_argument_group("learner and teachers")
     g.add_argument("--lr", type=float, default=1e-3, help="learner SGD step (default 1e-3)")
     g.add_argument("--no-bias", action="store_true", help="learner without bias")
@@ -79,8 +82,9 @@ def execute(cfg: TeachConfig, args, *, name: str) -> int:
     """Run, print the summary table and where the results are; user errors become CliError."""
     torch.set_num_threads(args.threads)
     try:
-        folder, summary = run_experiment(cfg, args.out, name=name, progress=not args.no_progress)
-    except (DatasetNotFound, BackendUnavailable) as err:
+        folder, summary = run_experiment(cfg, args.out, name=name, progress=not args.no_progress,
+                                         resume=args.resume)
+    except (DatasetNotFound, BackendUnavailable, ConfigError) as err:
         raise CliError(str(err)) from None
     print(format_summary(summary))
     print(f"\nresults: {folder}")

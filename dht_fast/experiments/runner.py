@@ -5,6 +5,8 @@ holding ``config.json`` (config, seeds, versions), ``curves.csv`` (one row per d
 seed and iteration), ``summary.csv`` (one row per dataset and teacher) and ``<dataset>.png``.
 Every file is written to a temporary name and renamed into place, and the results only once all
 teaching is done, so an interrupted run leaves no ``curves.csv`` or ``summary.csv`` behind.
+Each finished (dataset, teacher) block is kept in ``parts/`` as it completes; ``resume`` continues
+a killed run in its own folder from the blocks it had finished, with the config it stored.
 """
 from __future__ import annotations
 
@@ -160,38 +162,72 @@ def prepare(cfg: TeachConfig, ds_name: str):
     return data, target
 
 
-def run_experiment(cfg: TeachConfig, out, *, name: str = "teach", progress: bool = True):
+def _open_run(cfg: TeachConfig, out, name: str, resume):
+    """``(cfg, folder)``: a fresh folder, or the killed run's folder and stored config."""
+    if resume is None:
+        return cfg, None
+    folder = Path(resume)
+    meta_path = folder / "config.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"resume: {folder} holds no config.json of a run to continue")
+    if (folder / "summary.csv").exists():
+        raise ConfigError(f"resume: {folder} is a finished run (it has a summary.csv)")
+    stored = json.loads(meta_path.read_text())["config"]
+    return TeachConfig(**stored), folder
+
+
+def _teach_block(cfg, data, target, teacher_name, bar):
+    """Every seed of one (dataset, teacher): ``(runs (S, T + 1, 3), wall seconds)``."""
+    start = time.perf_counter()
+    runs = []
+    for seed in cfg.seeds:
+        learner = LinearLearner.init(
+            data.num_classes, data.dim, lr=cfg.lr, bias=cfg.bias, scale=cfg.init_scale,
+            generator=torch.Generator().manual_seed(seed), device=cfg.device)
+        gen = torch.Generator().manual_seed(1_000_003 + seed)
+        teacher = make_teacher(teacher_name, data, target, cfg, gen)
+        runs.append(teach(teacher, learner, data, target, cfg.iterations,
+                          on_step=lambda: bar.update(1)))
+    return torch.stack(runs), time.perf_counter() - start
+
+
+def run_experiment(cfg: TeachConfig, out, *, name: str = "teach", progress: bool = True,
+                   resume=None):
     """Teach every (dataset, teacher, seed) of ``cfg``; returns ``(folder, summary rows)``.
 
     The data are loaded before the run folder is made, so missing data leave no folder behind.
+    With ``resume`` (the folder of a killed run) ``cfg`` and ``out`` are ignored: the run goes
+    on with its stored config, and the blocks it had finished are read back, not recomputed.
     """
+    cfg, folder = _open_run(cfg, out, name, resume)
     tasks = {ds_name: prepare(cfg, ds_name) for ds_name in cfg.datasets}
-    folder = new_run_folder(Path(out), name)
+    if folder is None:
+        folder = new_run_folder(Path(out), name)
+        target_accuracy = {
+            ds_name: float(LinearLearner(target.weight, target.bias, cfg.lr).accuracy(
+                data.x_test, data.y_test)) for ds_name, (data, target) in tasks.items()}
+        log.info("test accuracy of w*: %s", target_accuracy)
+        meta = {"config": asdict(cfg), "seeds": cfg.seeds, "versions": versions(),
+                "target_accuracy": target_accuracy}
+        atomic_write(folder / "config.json", lambda fh: json.dump(meta, fh, indent=2))
     log.info("run folder: %s", folder)
-    target_accuracy = {
-        ds_name: float(LinearLearner(target.weight, target.bias, cfg.lr).accuracy(
-            data.x_test, data.y_test)) for ds_name, (data, target) in tasks.items()}
-    log.info("test accuracy of w*: %s", target_accuracy)
-    meta = {"config": asdict(cfg), "seeds": cfg.seeds, "versions": versions(),
-            "target_accuracy": target_accuracy}
-    atomic_write(folder / "config.json", lambda fh: json.dump(meta, fh, indent=2))
+    (folder / "parts").mkdir(exist_ok=True)
     total = len(cfg.datasets) * len(cfg.teachers) * len(cfg.seeds) * cfg.iterations
     curves, summary = {}, []
     with tqdm(total=total, desc=name, disable=not progress, leave=False) as bar:
         for (ds_name, (data, target)), teacher_name in product(tasks.items(), cfg.teachers):
             bar.set_postfix_str(f"{ds_name}/{teacher_name}")
-            start = time.perf_counter()
-            runs = []
-            for seed in cfg.seeds:
-                learner = LinearLearner.init(
-                    data.num_classes, data.dim, lr=cfg.lr, bias=cfg.bias, scale=cfg.init_scale,
-                    generator=torch.Generator().manual_seed(seed), device=cfg.device)
-                gen = torch.Generator().manual_seed(1_000_003 + seed)
-                teacher = make_teacher(teacher_name, data, target, cfg, gen)
-                runs.append(teach(teacher, learner, data, target, cfg.iterations,
-                                  on_step=lambda: bar.update(1)))
-            wall = time.perf_counter() - start
-            runs = curves[ds_name, teacher_name] = torch.stack(runs)
+            part = folder / "parts" / f"{ds_name}__{teacher_name}.pt"
+            if part.exists():
+                saved = torch.load(part)
+                runs, wall = saved["runs"], saved["wall"]
+                bar.update(len(cfg.seeds) * cfg.iterations)
+                log.info("%s / %s: read back from %s", ds_name, teacher_name, part)
+            else:
+                runs, wall = _teach_block(cfg, data, target, teacher_name, bar)
+                atomic_write(part, lambda fh: torch.save({"runs": runs, "wall": wall}, fh),
+                             binary=True)
+            curves[ds_name, teacher_name] = runs
             summary.append(_summary_row(teacher_name, ds_name, cfg, runs, wall))
             log.info("%s / %s: final distance %.4f, accuracy %.3f (%.1f s)", ds_name,
                      teacher_name, summary[-1]["final_distance_mean"],
