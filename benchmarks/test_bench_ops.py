@@ -113,3 +113,48 @@ def test_directional_inner(benchmark, mlp_inputs):
                                       backend="func")
     torch.testing.assert_close(got.double(), ref.inner, rtol=1e-4,
                                atol=1e-5 * ref.inner.abs().max().item())
+
+
+PROJECT = dht_fast.ops.performative.PROJECT_DISPATCH
+SOLVE = dht_fast.ops.performative.SOLVE_DISPATCH
+
+
+@pytest.mark.benchmark(group="sphere_project")
+@pytest.mark.parametrize("backend", PROJECT.names)
+def test_sphere_project(benchmark, linear_inputs, backend):
+    x = linear_inputs["x"]
+    anchor = x + 0.3 * torch.randn_like(x)
+    reason = PROJECT.why_not(backend, x=x)
+    if reason is not None:
+        pytest.skip(reason)
+    got = benchmark(dht_fast.sphere_project, x, anchor, 0.1, backend=backend)
+    ref = dht_fast.sphere_project(x.double(), anchor.double(), 0.1, backend="torch")
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.benchmark(group="performative_solve")
+@pytest.mark.parametrize("backend", SOLVE.names)
+def test_performative_solve(benchmark, linear_inputs, backend):
+    inp = linear_inputs
+    reason = SOLVE.why_not(backend, x=inp["x"], weight=inp["weight"])
+    if reason is not None:
+        pytest.skip(reason)
+    args = (inp["x"], inp["y"], inp["weight"], inp["bias"], inp["weight_star"], inp["bias_star"],
+            LR)
+    kw = dict(eps=0.1, steps=15, step_size=0.0133)
+    got = benchmark(dht_fast.performative_solve, *args, **kw, backend=backend)
+    ref = dht_fast.performative_solve(*(a.double() if a.is_floating_point() else a
+                                        for a in args[:6]), LR, **kw, backend="torch")
+    # The objective reached rather than the point: near-ties between iterates may resolve
+    # differently in float32 (see tests/test_performative_solve.py).
+    star = [a.double() for a in args[2:6]]
+
+    def objective(f):
+        return dht_fast.linear_teaching_objective(f, inp["y"], *star, LR, grad_x=False).objective
+
+    start, reached, best = objective(inp["x"].double()), objective(got.double()), objective(ref)
+    scale = start.abs().max().item()
+    assert (reached <= start + 1e-6 * scale).all()
+    torch.testing.assert_close(reached, best, rtol=0, atol=1e-3 * scale)
+    torch.testing.assert_close(got.double().norm(dim=1), inp["x"].double().norm(dim=1),
+                               rtol=1e-5, atol=1e-6)
