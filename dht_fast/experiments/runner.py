@@ -214,7 +214,8 @@ def run_experiment(cfg: TeachConfig, out, *, name: str = "teach", progress: bool
     (folder / "parts").mkdir(exist_ok=True)
     total = len(cfg.datasets) * len(cfg.teachers) * len(cfg.seeds) * cfg.iterations
     curves, summary = {}, []
-    with tqdm(total=total, desc=name, disable=not progress, leave=False) as bar:
+    with tqdm(total=total, desc=name, leave=False,
+              disable=None if progress else True) as bar:
         for (ds_name, (data, target)), teacher_name in product(tasks.items(), cfg.teachers):
             bar.set_postfix_str(f"{ds_name}/{teacher_name}")
             part = folder / "parts" / f"{ds_name}__{teacher_name}.pt"

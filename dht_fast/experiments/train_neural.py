@@ -236,7 +236,7 @@ def train_run(cfg: TrainConfig, data: VisionData, policy: str, seed: int, info: 
         loss_sum = torch.zeros((), device=info.device)
         net.train()
         bar = tqdm(batches, desc=f"{policy} seed {seed} epoch {epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=not (cfg.progress and info.main))
+                   leave=False, disable=None if cfg.progress and info.main else True)
         for chunk in bar:
             x, y = data.train.batch(chunk)
             x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
