@@ -18,12 +18,18 @@ setup() {
     "$py" -m pip install -q torch==2.14.1 torchvision==0.29.1
   fi
   local stamp="$venv/.dht_fast_installed"
-  if [ ! -f "$stamp" ] || [ -n "$(find setup.py pyproject.toml csrc -newer "$stamp" 2>/dev/null)" ]; then
+  local built=1
+  # A clean of the working tree removes the compiled extension but not the stamp.
+  if [ "${DHT_FAST_BUILD_CPP:-auto}" != "0" ] && ! compgen -G "dht_fast/_C.*.so" >/dev/null; then
+    built=0
+  fi
+  if [ ! -f "$stamp" ] || [ "$built" = 0 ] \
+      || [ -n "$(find setup.py pyproject.toml csrc -newer "$stamp" 2>/dev/null)" ]; then
     "$py" -m pip install -q numpy pybind11 pytest pytest-benchmark matplotlib tqdm \
       scikit-learn hypothesis opacus einops unfoldNd
     # BackPACK pins an old torchvision; without its dependencies it runs on ours.
     "$py" -m pip install -q --no-deps backpack-for-pytorch
-    "$py" -m pip install -q --no-build-isolation -e . 
+    "$py" -m pip install -q --no-build-isolation -e .
     touch "$stamp"
   fi
 }
