@@ -12,6 +12,8 @@ math is in that module's docstring) in one launch, one program per block of ``BL
 Arithmetic is float32 whatever the input dtype, and results are stored in ``x``'s dtype. All
 classes live in one tile, hence the limit ``C <= MAX_CLASSES``.
 """
+import contextlib
+
 import torch
 
 try:
@@ -152,6 +154,12 @@ def triton_unsupported_reason(x: torch.Tensor, weight: torch.Tensor) -> str | No
     return None
 
 
+def device_guard(t: torch.Tensor):
+    """Makes ``t``'s GPU the current device: Triton launches on the current device and its
+    stream, not on the device of the tensors it is given."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _check_args(x, y, weight, bias, vdiff, vbias):
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"expected x (B, D) and weight (C, D), got {tuple(x.shape)} and "
@@ -240,12 +248,13 @@ def _launch(x, y, weight, bias, vdiff, vbias, lr, outputs):
     xw_precision = "tf32" if x.dtype in narrow and weight.dtype in narrow and \
         vdiff.dtype in narrow else "ieee"
     # Unused pointer arguments get any tensor: the constexpr flags keep the kernel off them.
-    _linear_objective_fwd_kernel[(triton.cdiv(b, block_b),)](
-        x, y, weight, vdiff, bias if has_bias else weight, vbias if has_bias else vdiff,
-        sq, inner, objective, grad_x if want_grad_x else sq, grad_y if want_grad_y else sq,
-        b, d, c, float(lr),
-        x.stride(0), x.stride(1), y.stride(0), y.stride(1) if soft else 0,
-        HAS_BIAS=has_bias, SOFT_Y=soft, WANT_GX=want_grad_x, WANT_GY=want_grad_y,
-        XW_PRECISION=xw_precision, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_C=block_c,
-        num_warps=num_warps, num_stages=num_stages,
-    )
+    with device_guard(x):
+        _linear_objective_fwd_kernel[(triton.cdiv(b, block_b),)](
+            x, y, weight, vdiff, bias if has_bias else weight, vbias if has_bias else vdiff,
+            sq, inner, objective, grad_x if want_grad_x else sq, grad_y if want_grad_y else sq,
+            b, d, c, float(lr),
+            x.stride(0), x.stride(1), y.stride(0), y.stride(1) if soft else 0,
+            HAS_BIAS=has_bias, SOFT_Y=soft, WANT_GX=want_grad_x, WANT_GY=want_grad_y,
+            XW_PRECISION=xw_precision, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_C=block_c,
+            num_warps=num_warps, num_stages=num_stages,
+        )

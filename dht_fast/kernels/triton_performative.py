@@ -19,6 +19,7 @@ left out: the result's norm is ``||a||`` to float32 rounding.
 """
 import torch
 
+from dht_fast.kernels.triton_linear import device_guard
 from dht_fast.references.performative import ANTIPODAL_ULPS
 
 try:
@@ -108,6 +109,9 @@ if triton is not None:
         e2 = tl.minimum(eps, 2.0)
         cos_t = 1.0 - 0.5 * e2 * e2
         sin_t = e2 * tl.sqrt(tl.maximum(1.0 - 0.25 * e2 * e2, 0.0))
+        # In the solve dst is src: every thread must have read its src chunks in sweeps 1 and 2
+        # before any thread overwrites them.
+        tl.debug_barrier()
 
         # 3. z = R x^ inside the cap, else R (cos a^ + sin e) on its boundary.
         for d0 in range(0, D, BLOCK_D):
@@ -235,6 +239,10 @@ if triton is not None:
             off = rows64[:, None] * D + dd[None, :]
             tl.store(cur_ptr + off, tl.load(a_ptr + off, mask=ok, other=0.0).to(tl.float32),
                      mask=ok)
+        # The scratch rows are read back by other threads of the program than wrote them (other
+        # layouts, cp.async prefetches of the next loop): a GPU orders those global accesses only
+        # at a barrier, so one follows every sweep that writes cur or g.
+        tl.debug_barrier()
         if SOFT_Y:
             t = tl.load(y_ptr + rows64[:, None] * C + cls[None, :],
                         mask=row_ok[:, None] & (cls < C)[None, :], other=0.0).to(tl.float32)
@@ -272,6 +280,7 @@ if triton is not None:
                 gx += xcoef[:, None] * x
                 tl.store(g_ptr + off, gx, mask=ok)
                 gxx += tl.sum(gx * x, axis=1)
+            tl.debug_barrier()
             radial = gxx / tl.where(xsq > 0, xsq, 1.0)
 
             # 4. Tangent component and its norm; then the step x - step R g_t / ||g_t||.
@@ -284,6 +293,7 @@ if triton is not None:
                     tl.load(cur_ptr + off, mask=ok, other=0.0)
                 tl.store(g_ptr + off, gt, mask=ok)
                 gtsq += tl.sum(gt * gt, axis=1)
+            tl.debug_barrier()
             gn = tl.sqrt(gtsq)
             scale = step * rad / tl.where(gn > 0, gn, 1.0)
             ysq = tl.zeros((BLOCK_B,), dtype=tl.float32)
@@ -295,10 +305,12 @@ if triton is not None:
                     tl.load(g_ptr + off, mask=ok, other=0.0)
                 tl.store(cur_ptr + off, x, mask=ok)
                 ysq += tl.sum(x * x, axis=1)
+            tl.debug_barrier()
 
             # 5. Back onto the cap, in place.
             _project_rows(cur_ptr, a_ptr, cur_ptr, rows64, row_ok, D, ysq, rad, kidx, ahk, eps,
                           tol, BLOCK_B, BLOCK_D)
+            tl.debug_barrier()
 
         # 6. The last iterate's objective.
         z, u, xsq = _logits(cur_ptr, w_ptr, v_ptr, rows64, row_ok, D, C, BLOCK_B, BLOCK_D,
@@ -350,10 +362,11 @@ def sphere_project_triton(x, anchor, eps):
     if b == 0:
         return out
     block_b, block_d, _, num_warps = _blocks(b, d, 1)
-    _sphere_project_kernel[(triton.cdiv(b, block_b),)](
-        x.contiguous(), anchor.contiguous(), eps.contiguous(), out, b, d, _TOL,
-        BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps,
-    )
+    with device_guard(x):
+        _sphere_project_kernel[(triton.cdiv(b, block_b),)](
+            x.contiguous(), anchor.contiguous(), eps.contiguous(), out, b, d, _TOL,
+            BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps,
+        )
     return out
 
 
@@ -377,11 +390,12 @@ def performative_solve_triton(feats, y, weight, bias, vdiff, vbias, eps, lr, ste
     weight, vdiff = weight.contiguous(), vdiff.contiguous()
     block_b, block_d, block_c, num_warps = _blocks(b, d, c)
     # Unused pointer arguments get any tensor: the constexpr flags keep the kernel off them.
-    _performative_solve_kernel[(triton.cdiv(b, block_b),)](
-        feats.contiguous(), y.contiguous(), weight, vdiff,
-        bias.contiguous() if has_bias else weight, vbias.contiguous() if has_bias else vdiff,
-        eps.contiguous(), out, cur, g, b, d, c, int(steps), float(lr), float(step_size), _TOL,
-        HAS_BIAS=has_bias, SOFT_Y=soft, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_C=block_c,
-        num_warps=num_warps,
-    )
+    with device_guard(feats):
+        _performative_solve_kernel[(triton.cdiv(b, block_b),)](
+            feats.contiguous(), y.contiguous(), weight, vdiff,
+            bias.contiguous() if has_bias else weight, vbias.contiguous() if has_bias else vdiff,
+            eps.contiguous(), out, cur, g, b, d, c, int(steps), float(lr), float(step_size),
+            _TOL, HAS_BIAS=has_bias, SOFT_Y=soft, BLOCK_B=block_b, BLOCK_D=block_d,
+            BLOCK_C=block_c, num_warps=num_warps,
+        )
     return out
