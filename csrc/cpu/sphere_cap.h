@@ -1,4 +1,4 @@
-// Vector helpers and the hypersphere-cap projection of one row, shared by the CPU kernels in
+// Row helpers and the hypersphere-cap projection of one row, shared by the CPU kernels in
 // performative.cpp. dht_fast/references/performative.py states the math and the conventions at
 // ambiguous points; project_row follows it operation for operation.
 #pragma once
@@ -9,47 +9,22 @@
 #include <cstring>
 #include <limits>
 
+#include "simd.h"
+
 namespace dht_fast_cap {
 
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32;
-#else
-constexpr int kVecBytes = 16;
-#endif
-template <typename T>
-struct VecType;
-template <>
-struct VecType<float> {
-  typedef float type __attribute__((vector_size(kVecBytes)));
-};
-template <>
-struct VecType<double> {
-  typedef double type __attribute__((vector_size(kVecBytes)));
-};
-template <typename T>
-using Vec = typename VecType<T>::type;
-template <typename T>
-constexpr int64_t kLanes = kVecBytes / sizeof(T);
+using dht_simd::kLanes;
+using dht_simd::lane_sum;
+using dht_simd::Vec;
 
 template <typename T>
 inline Vec<T> load(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
+  return dht_simd::vload(p);
 }
 
 template <typename T>
 inline void store(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-template <typename T>
-inline T lane_sum(const Vec<T>& v) {
-  T s = 0;
-  for (int64_t l = 0; l < kLanes<T>; ++l) s += v[l];
-  return s;
+  dht_simd::vstore(p, v);
 }
 
 // All row buffers have Dp = D rounded up to whole vectors, zero in the padding.

@@ -12,18 +12,10 @@ math is in that module's docstring) in one launch, one program per block of ``BL
 Arithmetic is float32 whatever the input dtype, and results are stored in ``x``'s dtype. All
 classes live in one tile, hence the limit ``C <= MAX_CLASSES``.
 """
-import contextlib
-
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError as exc:  # The package imports, and its ops fall back, where triton is absent.
-    triton = tl = None
-    _IMPORT_ERROR = f"triton is not importable ({exc})"
-else:
-    _IMPORT_ERROR = None
+from dht_fast.kernels._triton import IMPORT_ERROR as _IMPORT_ERROR
+from dht_fast.kernels._triton import device_guard, tl, triton
 
 MAX_CLASSES = 256
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -152,12 +144,6 @@ def triton_unsupported_reason(x: torch.Tensor, weight: torch.Tensor) -> str | No
         return (f"tensors are on {x.device}, not CUDA; to run the kernel in Triton's "
                 "interpreter, set TRITON_INTERPRET=1 before dht_fast is imported")
     return None
-
-
-def device_guard(t: torch.Tensor):
-    """Makes ``t``'s GPU the current device: Triton launches on the current device and its
-    stream, not on the device of the tensors it is given."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _check_args(x, y, weight, bias, vdiff, vbias):

@@ -19,17 +19,9 @@ left out: the result's norm is ``||a||`` to float32 rounding.
 """
 import torch
 
-from dht_fast.kernels.triton_linear import device_guard
+from dht_fast.kernels._triton import IMPORT_ERROR as _IMPORT_ERROR
+from dht_fast.kernels._triton import device_guard, tl, triton
 from dht_fast.references.performative import ANTIPODAL_ULPS
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError as exc:  # The package imports, and its ops fall back, where triton is absent.
-    triton = tl = None
-    _IMPORT_ERROR = f"triton is not importable ({exc})"
-else:
-    _IMPORT_ERROR = None
 
 MAX_CLASSES = 256
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)

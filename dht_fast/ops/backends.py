@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import torch
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "DHT_FAST_BACKEND"
@@ -43,6 +45,26 @@ def load_extension(module: str):
         except ImportError as err:
             _ext_cache[module] = (None, f"the extension {module} is not built ({err})")
     return _ext_cache[module]
+
+
+def extension_reason(module: str, namespace: str, op: str) -> Optional[str]:
+    """Why ``torch.ops.<namespace>.<op>`` from the extension ``module`` is missing, or None.
+
+    Call it at import: torch.compile cannot trace the import inside a dispatch."""
+    reason = load_extension(module)[1]
+    if reason is None and not hasattr(getattr(torch.ops, namespace), op):
+        reason = f"{module} was built without its {op} kernel; rebuild the extension"
+    return reason
+
+
+def cpu_kernel_why_not(x: torch.Tensor, missing: Optional[str]) -> Optional[str]:
+    """The fused CPU kernels take float32 and float64 CPU tensors; ``missing`` is the
+    extension's :func:`extension_reason`."""
+    if x.device.type != "cpu":
+        return f"it runs on CPU tensors, got {x.device.type}"
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"it takes float32 or float64, got {x.dtype}"
+    return missing
 
 
 class Dispatcher:

@@ -16,7 +16,7 @@ import torch
 
 from dht_fast.kernels import triton_linear
 from dht_fast.ops import validation as V
-from dht_fast.ops.backends import Backend, Dispatcher, load_extension
+from dht_fast.ops.backends import Backend, Dispatcher, cpu_kernel_why_not, extension_reason
 from dht_fast.references.linear import (
     linear_objective_backward,
     linear_objective_closed_form,
@@ -42,23 +42,12 @@ class TeachingObjective(NamedTuple):
 
 # ---- backends -------------------------------------------------------------------------------
 # Extensions load once at import: dispatch then reads plain values, which torch.compile traces.
-def _extension_reason(module: str, namespace: str) -> Optional[str]:
-    reason = load_extension(module)[1]
-    if reason is None and not hasattr(getattr(torch.ops, namespace), "linear_objective_fwd"):
-        reason = f"{module} was built without the linear objective kernel; rebuild it"
-    return reason
-
-
-_CPP_MISSING = _extension_reason("dht_fast._C", "dht_fast_C")
-_CUDA_MISSING = _extension_reason("dht_fast._C_cuda", "dht_fast_cuda")
+_CPP_MISSING = extension_reason("dht_fast._C", "dht_fast_C", "linear_objective_fwd")
+_CUDA_MISSING = extension_reason("dht_fast._C_cuda", "dht_fast_cuda", "linear_objective_fwd")
 
 
 def _cpp_why_not(x, weight, **_):
-    if x.device.type != "cpu":
-        return f"it runs on CPU tensors, got {x.device.type}"
-    if x.dtype not in (torch.float32, torch.float64):
-        return f"it takes float32 or float64, got {x.dtype}"
-    return _CPP_MISSING
+    return cpu_kernel_why_not(x, _CPP_MISSING)
 
 
 def _cuda_why_not(x, weight, **_):

@@ -16,8 +16,9 @@ from typing import Optional
 
 import torch
 
+from dht_fast.kernels import triton_performative
 from dht_fast.ops import validation as V
-from dht_fast.ops.backends import Backend, Dispatcher, load_extension
+from dht_fast.ops.backends import Backend, Dispatcher, cpu_kernel_why_not, extension_reason
 from dht_fast.references.performative import (
     compute_dtype,
     head_lookahead_ref,
@@ -35,35 +36,20 @@ def _always(**_):
     return None
 
 
-def _cpp_extension_reason():
-    module, reason = load_extension("dht_fast._C")
-    if module is not None and not hasattr(torch.ops.dht_fast_C, "performative_solve_fwd"):
-        return "dht_fast._C was built without csrc/cpu/performative.cpp; rebuild the extension"
-    return reason
-
-
 # Looked up once at import: torch.compile cannot trace an import inside the dispatch.
-_CPP_REASON = _cpp_extension_reason()
+_CPP_REASON = extension_reason("dht_fast._C", "dht_fast_C", "performative_solve_fwd")
 
 
 def _cpp_why_not(x, **_):
-    if x.device.type != "cpu":
-        return f"it runs on CPU tensors, got {x.device.type}"
-    if x.dtype not in (torch.float32, torch.float64):
-        return f"it takes float32 or float64, got {x.dtype}"
-    return _CPP_REASON
+    return cpu_kernel_why_not(x, _CPP_REASON)
 
 
 def _triton_solve_why_not(x, weight, **_):
-    from dht_fast.kernels.triton_performative import triton_unsupported_reason
-
-    return triton_unsupported_reason(x, weight)
+    return triton_performative.triton_unsupported_reason(x, weight)
 
 
 def _triton_project_why_not(x, **_):
-    from dht_fast.kernels.triton_performative import triton_unsupported_reason
-
-    return triton_unsupported_reason(x)
+    return triton_performative.triton_unsupported_reason(x)
 
 
 PROJECT_DISPATCH = Dispatcher(
@@ -88,9 +74,7 @@ def _sphere_project_op(
     x: torch.Tensor, anchor: torch.Tensor, eps: torch.Tensor, backend: str
 ) -> torch.Tensor:
     if backend == "triton":
-        from dht_fast.kernels.triton_performative import sphere_project_triton
-
-        return sphere_project_triton(x, anchor, eps)
+        return triton_performative.sphere_project_triton(x, anchor, eps)
     if backend == "cpp":
         return torch.ops.dht_fast_C.sphere_project_fwd(x, anchor, eps)
     return sphere_project_ref(x, anchor, eps)
@@ -124,10 +108,8 @@ def _run_solve(backend, feats, y, weight, bias, vdiff, vbias, eps, lr, steps, st
         return performative_solve_ref(feats, y, weight, bias, vdiff, vbias, eps, lr, steps,
                                       step_size)
     if backend == "triton":
-        from dht_fast.kernels.triton_performative import performative_solve_triton
-
-        return performative_solve_triton(feats, y, weight, bias, vdiff, vbias, eps, lr, steps,
-                                         step_size)
+        return triton_performative.performative_solve_triton(
+            feats, y, weight, bias, vdiff, vbias, eps, lr, steps, step_size)
     return torch.ops.dht_fast_C.performative_solve_fwd(
         feats, y, weight, bias, vdiff, vbias, eps, lr, steps, step_size
     )
